@@ -1,0 +1,19 @@
+# Two entry points for a new machine: `make demo` and `make test`.
+# Each creates .venv and installs requirements.txt the first time (and again when it changes).
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.requirements-installed
+
+.PHONY: demo test
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade pip
+	$(VENV)/bin/python -m pip install -r requirements.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+demo: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" ./run.sh --demo
