@@ -1,0 +1,109 @@
+"""ALTA's contrastive losses and the masked-patch reconstruction loss.
+
+Both contrastive losses are computed on the *global* batch: features are gathered from all ranks
+with gradient (torch.distributed.nn.all_gather) and every rank evaluates the full loss, as the
+original does, so the result does not depend on how the batch is split across GPUs.
+"""
+import torch
+import torch.nn.functional as F
+
+from util.dist import gather_with_grad
+
+# Elements of one (texts x images x patches x words) block of the local loss; bounds its memory.
+LOCAL_LOSS_BLOCK_ELEMENTS = 2**23
+COSINE_EPS = 1e-8
+
+
+def symmetric_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(CE(logits, arange) + CE(logits.T, arange)) / 2 for a square similarity matrix."""
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def global_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                            logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between L2-normalised image and text features of the global batch."""
+    image_features = gather_with_grad(image_features)
+    text_features = gather_with_grad(text_features)
+    return symmetric_cross_entropy(logit_scale * image_features @ text_features.t())
+
+
+def caption_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Words per report for the local loss: (index of the first padding position) - 1, or
+    N - 1 for an unpadded report; counted after [CLS], so [SEP] is included."""
+    first_pad = (attention_mask == 0).int().argmax(dim=1)
+    return torch.where(first_pad == 0, attention_mask.shape[1], first_pad) - 1
+
+
+def _cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cosine along the last dim, the product of norms clamped at 1e-8 (GLoRIA's formula)."""
+    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp(min=COSINE_EPS)
+
+
+def word_region_scores(words: torch.Tensor, lengths: torch.Tensor, patches: torch.Tensor,
+                       t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+    """R[i, j] = log sum_w exp(t2 * cos(word w of text i, its context in image j)), shape (Bt, Bi).
+
+    words (Bt, N, D) with `lengths` (Bt) valid words each; patches (Bi, P, D).
+    For each pair: softmax over words of patches.words, transpose, times t1, softmax over
+    patches gives every word's attention over the patches; a word's context is the
+    attention-weighted sum of the patches. All pairs are computed at once, laid out as
+    (image, patch, text, word) so that both products are plain (batched) matrix products.
+    """
+    n_texts, n_images, n_patches = words.shape[0], patches.shape[0], patches.shape[1]
+    n = int(lengths.max())
+    words = words[:, :n]
+    valid = torch.arange(n, device=words.device) < lengths[:, None]  # (Bt, n)
+    scores = (patches.reshape(-1, patches.shape[-1]) @ words.reshape(-1, words.shape[-1]).t())
+    scores = scores.view(n_images, n_patches, n_texts, n)
+    scores.masked_fill_(~valid, float("-inf"))
+    attention = torch.softmax(t1 * torch.softmax(scores, dim=-1), dim=1)  # over words, then over patches
+    context = torch.bmm(attention.view(n_images, n_patches, -1).transpose(1, 2), patches)  # (Bi, Bt*n, D)
+    context = context.view(n_images, n_texts, n, -1)
+    similarity = t2 * _cosine(words, context)  # (Bi, Bt, n)
+    similarity = similarity.masked_fill(~valid, float("-inf"))
+    return torch.logsumexp(similarity, dim=-1).t()
+
+
+def local_contrastive_loss(patch_features: torch.Tensor, word_features: torch.Tensor, lengths: torch.Tensor,
+                           t1: torch.Tensor, t2: torch.Tensor, t3: torch.Tensor,
+                           block_elements: int = LOCAL_LOSS_BLOCK_ELEMENTS) -> torch.Tensor:
+    """GLoRIA-style token-patch loss over the global batch.
+
+    patch_features (B, P, D): projected image tokens; word_features (B, N, D): projected word
+    tokens after [CLS]; lengths (B): words used per report (see `caption_lengths`).
+    S[j, i] = t3 * R(i, j); loss = (CE(S) + CE(S.T)) / 2.
+
+    Each rank scores only its own texts against the images of all ranks and the rows are then
+    gathered, so the work is split across GPUs instead of repeated on each. Texts are processed
+    in chunks of similar length, each chunk's intermediate tensors kept below `block_elements`.
+    """
+    patches = gather_with_grad(patch_features).float()
+    words = word_features.float()
+    n_images, n_patches = patches.shape[:2]
+    order = torch.argsort(lengths, descending=True)
+    rows = []
+    start = 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        size = max(1, block_elements // (n_images * n_patches * longest))
+        chunk = order[start:start + size]
+        rows.append(word_region_scores(words[chunk], lengths[chunk], patches, t1, t2))
+        start += size
+    scores = torch.cat(rows).index_select(0, torch.argsort(order))  # back to the batch order
+    scores = gather_with_grad(scores)  # (all texts, all images)
+    return symmetric_cross_entropy(t3 * scores.t())
+
+
+def masked_patch_loss(target_patches: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                      norm_pix_loss: bool) -> torch.Tensor:
+    """MAE reconstruction loss: per-patch MSE averaged over removed patches (mask == 1).
+
+    With norm_pix_loss each target patch is normalised by its own mean and unbiased variance.
+    """
+    if norm_pix_loss:
+        mean = target_patches.mean(dim=-1, keepdim=True)
+        var = target_patches.var(dim=-1, keepdim=True)
+        target_patches = (target_patches - mean) / (var + 1.0e-6) ** 0.5
+    per_patch = ((pred - target_patches) ** 2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum()
