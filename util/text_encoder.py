@@ -45,16 +45,12 @@ def read_text_config(directory) -> BertConfig:
 
 
 def load_tokenizer(directory) -> BertTokenizer:
-    """The WordPiece tokenizer of a CXR-BERT directory (its `vocab.txt`)."""
+    """The WordPiece tokenizer of a CXR-BERT directory (its `vocab.txt` and tokenizer settings)."""
     directory = Path(directory)
     vocab = directory / VOCAB_FILE
     if not vocab.is_file():
         raise FileNotFoundError(f"{vocab} does not exist. {FIX_HINT}.")
-    lower_case = True
-    tok_cfg = directory / "tokenizer_config.json"
-    if tok_cfg.is_file():
-        lower_case = json.loads(tok_cfg.read_text()).get("do_lower_case", True)
-    return BertTokenizer(vocab_file=str(vocab), do_lower_case=lower_case)
+    return BertTokenizer.from_pretrained(str(directory), local_files_only=True)
 
 
 class AdaptedBertLayer(nn.Module):
