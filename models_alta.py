@@ -18,8 +18,7 @@ from torch import nn
 
 from util.checkpoint import load_cxr_bert_weights
 from util.layers import AdapterBlock, ProjectionHead, ViTLayerNorm, plain_block
-from util.losses import (caption_lengths, global_contrastive_loss, local_contrastive_loss,
-                         masked_patch_loss)
+from util.losses import caption_lengths, contrastive_losses, masked_patch_loss
 from util.pos_embed import sincos_pos_embed_tensor
 from util.text_encoder import CXRBertTextEncoder
 
@@ -235,11 +234,10 @@ class ALTA(nn.Module):
         clean, masked = hidden[: ids.shape[0]], hidden[ids.shape[0]:]
 
         text_global = F.normalize(self.bert_encoder.global_features(clean), dim=-1)
-        global_loss = global_contrastive_loss(image_global, text_global, self.logit_scale.exp())
-        local_loss = local_contrastive_loss(
-            self.local_projection_head(patch_tokens), self.bert_encoder.local_features(clean),
-            caption_lengths(attention_mask), self.logit_scale_local1.exp(), self.logit_scale_local2.exp(),
-            self.logit_scale_local3.exp())
+        global_loss, local_loss = contrastive_losses(
+            image_global, text_global, self.local_projection_head(patch_tokens),
+            self.bert_encoder.local_features(clean), caption_lengths(attention_mask), self.logit_scale.exp(),
+            self.logit_scale_local1.exp(), self.logit_scale_local2.exp(), self.logit_scale_local3.exp())
         recon_loss = self.forward_loss(img_big, self.forward_decoder(current_frontal, ids_restore), mask)
         mlm_loss = self.bert_encoder.mlm_loss(masked, batch["labels"])
         return ALTALosses(global_loss, local_loss, recon_loss, mlm_loss)

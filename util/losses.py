@@ -1,8 +1,8 @@
 """ALTA's contrastive losses and the masked-patch reconstruction loss.
 
-Both contrastive losses are computed on the *global* batch: features are gathered from all ranks
-with gradient (torch.distributed.nn.all_gather) and every rank evaluates the full loss, as the
-original does, so the result does not depend on how the batch is split across GPUs.
+Both contrastive losses are computed on the *global* batch, so the result does not depend on
+how the batch is split across GPUs: features are gathered from all ranks with gradient
+(torch.distributed.nn.all_gather) and every rank evaluates the full loss, as the original does.
 """
 import torch
 import torch.nn.functional as F
@@ -22,9 +22,7 @@ def symmetric_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def global_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
                             logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE between L2-normalised image and text features of the global batch."""
-    image_features = gather_with_grad(image_features)
-    text_features = gather_with_grad(text_features)
+    """Symmetric InfoNCE between L2-normalised image and text features (already global)."""
     return symmetric_cross_entropy(logit_scale * image_features @ text_features.t())
 
 
@@ -65,21 +63,21 @@ def word_region_scores(words: torch.Tensor, lengths: torch.Tensor, patches: torc
     return torch.logsumexp(similarity, dim=-1).t()
 
 
-def local_contrastive_loss(patch_features: torch.Tensor, word_features: torch.Tensor, lengths: torch.Tensor,
+def local_contrastive_loss(patches: torch.Tensor, word_features: torch.Tensor, lengths: torch.Tensor,
                            t1: torch.Tensor, t2: torch.Tensor, t3: torch.Tensor,
                            block_elements: int = LOCAL_LOSS_BLOCK_ELEMENTS) -> torch.Tensor:
     """GLoRIA-style token-patch loss over the global batch.
 
-    patch_features (B, P, D): projected image tokens; word_features (B, N, D): projected word
-    tokens after [CLS]; lengths (B): words used per report (see `caption_lengths`).
-    S[j, i] = t3 * R(i, j); loss = (CE(S) + CE(S.T)) / 2.
+    patches (B_global, P, D): projected image tokens of all ranks; word_features (B, N, D):
+    this rank's projected word tokens after [CLS]; lengths (B): words used per report (see
+    `caption_lengths`). S[j, i] = t3 * R(i, j); loss = (CE(S) + CE(S.T)) / 2.
 
-    Each rank scores only its own texts against the images of all ranks and the rows are then
-    gathered, so the work is split across GPUs instead of repeated on each. Texts are processed
-    in chunks of similar length, each chunk's intermediate tensors kept below `block_elements`.
+    Each rank scores only its own texts against all images and the rows are then gathered, so
+    the work is split across GPUs instead of repeated on each. Texts are processed in chunks of
+    similar length, each chunk's intermediate tensors kept below `block_elements` elements.
     """
-    patches = gather_with_grad(patch_features).float()
-    words = word_features.float()
+    dtype = torch.promote_types(patches.dtype, torch.float32)  # never below fp32 under autocast
+    patches, words = patches.to(dtype), word_features.to(dtype)
     n_images, n_patches = patches.shape[:2]
     order = torch.argsort(lengths, descending=True)
     rows = []
@@ -93,6 +91,26 @@ def local_contrastive_loss(patch_features: torch.Tensor, word_features: torch.Te
     scores = torch.cat(rows).index_select(0, torch.argsort(order))  # back to the batch order
     scores = gather_with_grad(scores)  # (all texts, all images)
     return symmetric_cross_entropy(t3 * scores.t())
+
+
+def contrastive_losses(image_global: torch.Tensor, text_global: torch.Tensor, patch_features: torch.Tensor,
+                       word_features: torch.Tensor, lengths: torch.Tensor, logit_scale: torch.Tensor,
+                       t1: torch.Tensor, t2: torch.Tensor, t3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global and local contrastive losses of this rank's batch against the global batch.
+
+    The image-side features and the text globals of every rank travel in ONE gather. Collectives
+    issued during backward must come in the same order on every rank; with one gather here and
+    one for the local rows (whose backward necessarily runs first) that order is fixed, whatever
+    the per-rank chunking of the local loss makes of the autograd graph.
+    """
+    batch, dim = image_global.shape
+    packed = torch.cat([image_global.float(), text_global.float(), patch_features.float().flatten(1)], dim=1)
+    gathered = gather_with_grad(packed)
+    image_all, text_all = gathered[:, :dim], gathered[:, dim:2 * dim]
+    patches_all = gathered[:, 2 * dim:].reshape(gathered.shape[0], *patch_features.shape[1:])
+    global_loss = global_contrastive_loss(image_all, text_all, logit_scale)
+    local_loss = local_contrastive_loss(patches_all, word_features, lengths, t1, t2, t3)
+    return global_loss, local_loss
 
 
 def masked_patch_loss(target_patches: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
