@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from util.dist import gather_with_grad
 
-# Elements of one (texts x images x patches x words) block of the local loss; bounds its memory.
-LOCAL_LOSS_BLOCK_ELEMENTS = 2**23
+# Elements of one (images x patches x texts x words) block of the local loss: bounds its memory
+# (a few such fp32 tensors live at once) while keeping the blocks large enough to be efficient.
+LOCAL_LOSS_BLOCK_ELEMENTS = {"cpu": 2**23, "accelerator": 2**26}
 COSINE_EPS = 1e-8
 
 
@@ -65,7 +66,7 @@ def word_region_scores(words: torch.Tensor, lengths: torch.Tensor, patches: torc
 
 def local_contrastive_loss(patches: torch.Tensor, word_features: torch.Tensor, lengths: torch.Tensor,
                            t1: torch.Tensor, t2: torch.Tensor, t3: torch.Tensor,
-                           block_elements: int = LOCAL_LOSS_BLOCK_ELEMENTS) -> torch.Tensor:
+                           block_elements: int | None = None) -> torch.Tensor:
     """GLoRIA-style token-patch loss over the global batch.
 
     patches (B_global, P, D): projected image tokens of all ranks; word_features (B, N, D):
@@ -76,6 +77,8 @@ def local_contrastive_loss(patches: torch.Tensor, word_features: torch.Tensor, l
     the work is split across GPUs instead of repeated on each. Texts are processed in chunks of
     similar length, each chunk's intermediate tensors kept below `block_elements` elements.
     """
+    if block_elements is None:
+        block_elements = LOCAL_LOSS_BLOCK_ELEMENTS["cpu" if patches.device.type == "cpu" else "accelerator"]
     dtype = torch.promote_types(patches.dtype, torch.float32)  # never below fp32 under autocast
     patches, words = patches.to(dtype), word_features.to(dtype)
     n_images, n_patches = patches.shape[:2]
