@@ -168,3 +168,16 @@ def test_losses_under_two_process_gloo_equal_the_single_process_loss(tmp_path):
         for name in ("image", "text", "patches", "words"):
             # each rank holds the gradient of its own half of the batch
             torch.testing.assert_close(got["grads"][name], grads[name].chunk(2)[rank], msg=name)
+
+
+def test_hand_written_backward_passes_gradcheck():
+    from util.losses import WordRegionScores
+
+    g = torch.Generator().manual_seed(3)
+    words = torch.randn(3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    patches = torch.randn(2, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    valid = torch.tensor([[True] * 4, [True, True, False, False], [True, False, False, False]])
+    t1 = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    t2 = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w, p, a, b: WordRegionScores.apply(w, p, valid, a, b),
+                                    (words, patches, t1, t2))
