@@ -8,7 +8,6 @@ STAMP := $(VENV)/.requirements-installed
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --upgrade pip
 	$(VENV)/bin/python -m pip install -r requirements.txt
 	touch $(STAMP)
 
@@ -16,4 +15,4 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 demo: $(STAMP)
-	PATH="$(abspath $(VENV))/bin:$$PATH" ./run.sh --demo
+	PYTHON="$(abspath $(VENV))/bin/python" ./run.sh --demo
