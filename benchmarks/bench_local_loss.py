@@ -67,6 +67,9 @@ if __name__ == "__main__":
           f"dim {args.dim}, {args.threads} threads, torch {torch.__version__}")
     loop_s, loop_value = time_it(per_text_loop, inputs, args.repeats)
     vec_s, vec_value = time_it(local_contrastive_loss, inputs, args.repeats)
-    print(f"per-text loop : {loop_s * 1000:8.1f} ms  loss {loop_value.item():.6f}")
-    print(f"vectorised    : {vec_s * 1000:8.1f} ms  loss {vec_value.item():.6f}")
+    # Both versions do the same six matrix products per (text, image) pair: two forward, four backward.
+    gflop = 6 * 2 * args.batch * args.patches * args.dim * int(LENGTHS.sum()) / 1e9
+    print(f"matrix-product work: {gflop:.1f} GFLOP per forward + backward")
+    print(f"per-text loop : {loop_s * 1000:8.1f} ms  ({gflop / loop_s:5.1f} GFLOP/s)  loss {loop_value.item():.6f}")
+    print(f"vectorised    : {vec_s * 1000:8.1f} ms  ({gflop / vec_s:5.1f} GFLOP/s)  loss {vec_value.item():.6f}")
     print(f"speed-up {loop_s / vec_s:.2f}x, relative difference {abs(vec_value - loop_value).item() / abs(loop_value).item():.1e}")
