@@ -228,6 +228,25 @@ def script_parser(description: str, default_output: str) -> argparse.ArgumentPar
     return parser
 
 
+def chexpert8x200_parser(description: str, script: str, data_dir: str) -> argparse.ArgumentParser:
+    """`script_parser` plus the query/candidate flags of the two CheXpert 8x200 retrieval scripts."""
+    parser = script_parser(description, f"ALTA_results/{script}.json")
+    parser.add_argument("--chexpert_root", default=".", help="folder the CSVs' image paths are relative to")
+    parser.add_argument("--query_csv", default=f"{data_dir}/query.csv")
+    parser.add_argument("--candidate_csv", default=f"{data_dir}/candidate.csv")
+    parser.add_argument("--top_k", type=int, nargs="+", default=[5, 10, 50])
+    return parser
+
+
+def retrieval_precision(model, query_features: torch.Tensor, query_labels: torch.Tensor, candidates, args,
+                        device, amp_dtype) -> dict[str, float]:
+    """P@K of queries against encoded candidate images (relevant: positive for the query's class)."""
+    candidate_features, candidate_positive = encode_images(
+        model, candidates.data_loader(args.batch_size, args.num_workers), device, amp_dtype, desc="candidate images")
+    relevant = positive_for_query_class(query_labels, candidate_positive)
+    return precision_at_k(query_features @ candidate_features.T, relevant, args.top_k)
+
+
 def load_for_eval(args) -> tuple[torch.nn.Module, object, torch.device, torch.dtype | None]:
     """Model (checked to be an ALTA checkpoint before any data is read), tokenizer, device, amp dtype."""
     device = torch.device(args.device)
