@@ -16,7 +16,7 @@ from util.layers import AdapterBlock, ViTLayerNorm
 from util.text_encoder import AdaptedBertLayer, read_text_config
 from util.trainable import mark_trainable, parameter_counts
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "reference"  # names, shapes and counts of the released model
 TINY = ARCHITECTURES["alta_tiny"]
 
 
